@@ -1,0 +1,1 @@
+"""Prefect tasks: one per pipeline stage, reading and writing Parquet artifacts."""

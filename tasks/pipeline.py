@@ -1,0 +1,203 @@
+"""One Prefect task per pipeline stage: thin wrappers that turn stage inputs into core calls.
+
+Each task takes the resolved configuration as a plain dict, the references of its upstream
+stages, and `refresh`; it returns a JSON-able reference to its Parquet and checkpoint files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from megu_core.config import from_dict
+from megu_core.pipeline import concepts, evaluate, features, noise, prepare, unlearn
+from megu_core.pipeline.common import checkpoint_dir
+from megu_core.pipeline.config import PipelineConfig
+from tasks.stage import StageRef, file_path, prefect_cache_key, run_cached
+
+TASK_OPTIONS = {"persist_result": True, "result_serializer": "json"}
+
+
+def _config(cfg: dict[str, Any]) -> PipelineConfig:
+    return from_dict(PipelineConfig, cfg)
+
+
+def _report(stage: str, ref: StageRef) -> StageRef:
+    logger = get_run_logger()
+    verb = "computed" if ref["computed"] else "reused the stored outputs of"
+    logger.info("%s: %s key %s", stage, verb, ref["key"][:12])
+    return ref
+
+
+@task(name="prepare-data", cache_key_fn=prefect_cache_key("prepare"), **TASK_OPTIONS)
+def prepare_data(
+    cfg: dict, inputs: dict, options: dict | None = None, refresh: bool = False
+) -> StageRef:
+    """Decode the dataset into the tensor cache, resolve the forget request and write samples.parquet."""
+    config = _config(cfg)
+    return _report(
+        "prepare",
+        run_cached(
+            "prepare", cfg, inputs, options or {}, refresh, lambda out: prepare.prepare(config, out)
+        ),
+    )
+
+
+@task(name="train-model", cache_key_fn=prefect_cache_key("train"), **TASK_OPTIONS)
+def train_model(
+    cfg: dict, inputs: dict, options: dict | None = None, refresh: bool = False
+) -> StageRef:
+    """Train the original model, or with options.retrain the gold retrain that never sees the forget set.
+
+    The original model's inputs are only the dataset (see `dataset_input`), so every forget
+    request on a dataset shares one original model.
+    """
+    config = _config(cfg)
+    options = options or {}
+    retrain = bool(options.get("retrain"))
+    ids_hash = inputs["samples"]["summary"]["ids_hash"] if retrain else ""
+    return _report(
+        "train",
+        run_cached(
+            "train",
+            cfg,
+            inputs,
+            options,
+            refresh,
+            lambda out: prepare.train(config, out, retrain, ids_hash, progress=False),
+        ),
+    )
+
+
+def dataset_input(samples: StageRef) -> StageRef:
+    """An input reference that carries only the dataset's content digest, not the forget request."""
+    return {"files": {"source": {"sha256": samples["summary"]["dataset"]["digest"]}}, "summary": {}}
+
+
+@task(name="extract-features", cache_key_fn=prefect_cache_key("features"), **TASK_OPTIONS)
+def extract_features(
+    cfg: dict, inputs: dict, options: dict | None = None, refresh: bool = False
+) -> StageRef:
+    """Write features.parquet from the original model for the forget set and the retain reference set."""
+    config = _config(cfg)
+    ids_hash = inputs["samples"]["summary"]["ids_hash"]
+    checkpoint = checkpoint_dir(Path(file_path(inputs["original"], "weights")))
+    return _report(
+        "features",
+        run_cached(
+            "features",
+            cfg,
+            inputs,
+            options or {},
+            refresh,
+            lambda out: features.extract_features(config, checkpoint, ids_hash, out),
+        ),
+    )
+
+
+@task(name="query-concepts", cache_key_fn=prefect_cache_key("concepts"), **TASK_OPTIONS)
+def query_concepts(
+    cfg: dict, inputs: dict, options: dict | None = None, refresh: bool = False
+) -> StageRef:
+    """Ask the concept oracle once per target concept; write scores, the transition matrix and perturbing labels."""
+    config = _config(cfg)
+    ids_hash = inputs["samples"]["summary"]["ids_hash"]
+    checkpoint = checkpoint_dir(Path(file_path(inputs["original"], "weights")))
+    test_confidence = inputs["features"]["summary"]["test_confidence"]
+    features_path = Path(file_path(inputs["features"], "features"))
+    return _report(
+        "concepts",
+        run_cached(
+            "concepts",
+            cfg,
+            inputs,
+            options or {},
+            refresh,
+            lambda out: concepts.query_concepts(
+                config, features_path, checkpoint, ids_hash, test_confidence, out
+            ),
+        ),
+    )
+
+
+@task(name="build-noise-pairs", cache_key_fn=prefect_cache_key("noise"), **TASK_OPTIONS)
+def build_noise_pairs(
+    cfg: dict, inputs: dict, options: dict | None = None, refresh: bool = False
+) -> StageRef:
+    """Build the positive/negative feature-noise pair per target concept and each forget sample's z*."""
+    config = _config(cfg)
+    checkpoint = checkpoint_dir(Path(file_path(inputs["original"], "weights")))
+    kind = inputs["samples"]["summary"]["request_kind"]
+    return _report(
+        "noise",
+        run_cached(
+            "noise",
+            cfg,
+            inputs,
+            options or {},
+            refresh,
+            lambda out: noise.build_noise(
+                config,
+                Path(file_path(inputs["features"], "features")),
+                Path(file_path(inputs["concepts"], "perturbing_labels")),
+                Path(file_path(inputs["concepts"], "transition_matrix")),
+                checkpoint,
+                kind,
+                out,
+            ),
+        ),
+    )
+
+
+@task(name="unlearn", cache_key_fn=prefect_cache_key("unlearn"), **TASK_OPTIONS)
+def finetune(
+    cfg: dict, inputs: dict, options: dict | None = None, refresh: bool = False
+) -> StageRef:
+    """Run the configured unlearning method (MeGU finetuning by default) and save the unlearned model."""
+    config = _config(cfg)
+    ids_hash = inputs["samples"]["summary"]["ids_hash"]
+    checkpoint = checkpoint_dir(Path(file_path(inputs["original"], "weights")))
+    perturbing = (
+        Path(file_path(inputs["concepts"], "perturbing_labels")) if inputs.get("concepts") else None
+    )
+    noise_path = (
+        Path(file_path(inputs["noise"], "noise_per_sample")) if inputs.get("noise") else None
+    )
+    return _report(
+        "unlearn",
+        run_cached(
+            "unlearn",
+            cfg,
+            inputs,
+            options or {},
+            refresh,
+            lambda out: unlearn.unlearn(
+                config, checkpoint, ids_hash, out, perturbing, noise_path, progress=False
+            ),
+        ),
+    )
+
+
+@task(name="evaluate", cache_key_fn=prefect_cache_key("evaluate"), **TASK_OPTIONS)
+def evaluate_model(
+    cfg: dict, inputs: dict, options: dict | None = None, refresh: bool = False
+) -> StageRef:
+    """Evaluate one model (options.role) on forget, retain and test data, with gaps to the reference if given."""
+    config = _config(cfg)
+    role = (options or {})["role"]
+    ids_hash = inputs["samples"]["summary"]["ids_hash"]
+    checkpoint = checkpoint_dir(Path(file_path(inputs["model"], "weights")))
+    reference = Path(file_path(inputs["reference"], "metrics")) if inputs.get("reference") else None
+    return _report(
+        "evaluate",
+        run_cached(
+            "evaluate",
+            cfg,
+            inputs,
+            options or {},
+            refresh,
+            lambda out: evaluate.evaluate_model(config, checkpoint, role, ids_hash, out, reference),
+        ),
+    )
