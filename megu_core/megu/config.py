@@ -7,13 +7,25 @@ the invalid value and the allowed values, so a bad YAML key fails before any wor
 from __future__ import annotations
 
 import math
+import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from megu_core.errors import ConfigError
 
-# The MLLM backends ("transformers", "openai") join this list when their oracles exist.
-ORACLE_KINDS = ("text", "uniform")
+ORACLE_KINDS = ("text", "uniform", "transformers", "openai")
+PROMPT_STYLES = ("truefalse", "json")
+# The model each oracle kind loads when oracle.model is empty. The openai kind has none,
+# because every server names its own models.
+DEFAULT_ORACLE_MODELS = {
+    "text": "sentence-transformers/all-MiniLM-L6-v2",  # 90 MB and fast on CPU
+    "transformers": "HuggingFaceTB/SmolVLM-256M-Instruct",  # the smallest SmolVLM, 0.5 GB
+}
+OPENAI_BASE_URL_ENV = "OPENAI_BASE_URL"  # read when oracle.base_url is empty
+OPENAI_MODEL_ENV = "OPENAI_MODEL"  # read when oracle.model is empty and oracle.kind is openai
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NOISE_MODES = ("optimized", "subspace")
 NOISE_USES = ("both", "negative", "positive")
 
@@ -51,23 +63,96 @@ def _require_positive_int(field: str, value: object) -> None:
         raise ConfigError(f"{field} must be an integer of at least 1, got {value!r}")
 
 
+def _require_non_negative_int(field: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{field} must be an integer of 0 or more, got {value!r}")
+
+
 @dataclass(frozen=True)
 class OracleConfig:
-    """Settings of the concept oracle that scores a target concept against candidate classes."""
+    """Settings of the concept oracle that scores a target concept against candidate classes.
+
+    The API key of the openai kind is never a field: the oracle reads it from the environment
+    variable that `api_key_env` names, so it stays out of logged configurations and cache keys.
+    """
 
     kind: str = "text"  # offline and cheap, while an MLLM oracle needs a large model or an endpoint
-    # A Hugging Face Hub id or a local folder; this model is 90 MB and fast on CPU.
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    prompt_template: str = "a photo of a {name}"  # the prompt each class name is embedded in
+    # A Hugging Face Hub id or a local folder (text, transformers) or the server's model name
+    # (openai). Empty selects DEFAULT_ORACLE_MODELS[kind], or $OPENAI_MODEL for openai.
+    model: str = ""
+    prompt_template: str = "a photo of a {name}"  # text oracle: the prompt around each class name
+
+    # MLLM oracles (transformers, openai)
+    prompt_style: str = "truefalse"  # the published form; "json" asks once for all candidates
+    exemplars: int = 4  # k: forget images nearest the target prototype shown with each question
+    # Longest edge in pixels that exemplars are resized to. A 32 px CIFAR image would cover
+    # only a few patches of a vision encoder built for inputs of 224 px or more.
+    image_size: int = 224
+    temperature: float = 0.0  # greedy first answers, so that a rerun gets the same answer
+    # Sampled true/false answers (openai without log-probabilities) and retries after a
+    # malformed answer use this temperature, because greedy decoding would repeat the answer.
+    sample_temperature: float = 1.0
+    n_samples: int = 5  # openai without log-probabilities: answers sampled per candidate
+    # Answer length of JSON prompts. 100 candidates need an estimated 1,000 tokens: raise it then.
+    max_new_tokens: int = 256
+    retries: int = 2  # further attempts after a malformed answer or a failed request
+
+    # transformers backend
+    batch_size: int = 8  # true/false prompts per forward pass
+    device: str = "auto"  # CUDA (in bf16) when present, else CPU in float32
+
+    # openai backend
+    base_url: str = ""  # e.g. http://127.0.0.1:8000/v1; empty reads $OPENAI_BASE_URL
+    api_key_env: str = "OPENAI_API_KEY"  # name of the variable holding the key; unset sends no key
+    timeout: float = 60.0  # seconds per HTTP request; generous, because busy servers queue requests
+    backoff: float = 1.0  # seconds before the first retry of a failed request, doubled after each
+    concurrency: int = 4  # simultaneous requests, so a shared server is not flooded
 
     def __post_init__(self) -> None:
         _require_choice("oracle.kind", self.kind, ORACLE_KINDS)
+        self._fill_openai_from_environment()
+        self._check_model()
+        self._check_prompt_template()
 
-        if not isinstance(self.model, str) or not self.model.strip():
+        _require_choice("oracle.prompt_style", self.prompt_style, PROMPT_STYLES)
+        for field in ("exemplars", "n_samples", "max_new_tokens", "batch_size", "concurrency"):
+            _require_positive_int(f"oracle.{field}", getattr(self, field))
+        _require_positive_int("oracle.image_size", self.image_size)
+        _require_non_negative("oracle.temperature", self.temperature)
+        _require_positive("oracle.sample_temperature", self.sample_temperature)
+        _require_non_negative_int("oracle.retries", self.retries)
+        _require_positive("oracle.timeout", self.timeout)
+        _require_non_negative("oracle.backoff", self.backoff)
+        self._check_device()
+        self._check_openai_fields()
+
+    @property
+    def model_id(self) -> str:
+        """The model this configuration selects: `model`, or the kind's default when empty."""
+        return self.model or DEFAULT_ORACLE_MODELS.get(self.kind, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a plain dict for logging and cache keys."""
+        return asdict(self)
+
+    def _fill_openai_from_environment(self) -> None:
+        # Filled here, not in the oracle, so that logged configurations and stage cache keys
+        # contain the endpoint and model that the scores come from.
+        if self.kind != "openai":
+            return
+        if not self.base_url:
+            object.__setattr__(self, "base_url", os.environ.get(OPENAI_BASE_URL_ENV, "").strip())
+        if not self.model:
+            object.__setattr__(self, "model", os.environ.get(OPENAI_MODEL_ENV, "").strip())
+
+    def _check_model(self) -> None:
+        if not isinstance(self.model, str) or (self.model and not self.model.strip()):
             raise ConfigError(
-                f"oracle.model must be a Hugging Face Hub id or a local folder, got {self.model!r}"
+                "oracle.model must be a Hugging Face Hub id, a local folder, a server's model "
+                f"name or empty for the default, got {self.model!r}"
             )
 
+    def _check_prompt_template(self) -> None:
         if not isinstance(self.prompt_template, str) or "{name}" not in self.prompt_template:
             raise ConfigError(
                 "oracle.prompt_template must contain the placeholder {name}, "
@@ -81,9 +166,36 @@ class OracleConfig:
                 "{name}; write literal braces as {{ and }}"
             ) from exc
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the fields as a plain dict for logging and cache keys."""
-        return asdict(self)
+    def _check_device(self) -> None:
+        valid = isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
+        if not valid:
+            raise ConfigError(
+                f"oracle.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
+
+    def _check_openai_fields(self) -> None:
+        if not isinstance(self.api_key_env, str) or not _ENV_NAME.fullmatch(self.api_key_env):
+            raise ConfigError(
+                "oracle.api_key_env must be the name of an environment variable such as "
+                f"OPENAI_API_KEY (not the key itself), got a value of {len(str(self.api_key_env))} "
+                "characters"
+            )
+        if not isinstance(self.base_url, str):
+            raise ConfigError(f"oracle.base_url must be a string, got {self.base_url!r}")
+        if not self.base_url:
+            return
+        url = urlsplit(self.base_url)
+        if "@" in url.netloc:
+            # Rejected because the URL is logged and stored in cache keys.
+            raise ConfigError(
+                "oracle.base_url must not contain user:password@; put the API key into the "
+                "environment variable that oracle.api_key_env names"
+            )
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(
+                "oracle.base_url must be an http:// or https:// URL with a host, e.g. "
+                f"http://127.0.0.1:8000/v1, got {self.base_url!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,11 @@ from torch.nn import functional as F
 
 from megu_core.artifacts import read_frame, write_table
 from megu_core.checkpoint import load_checkpoint
+from megu_core.data import Dataset
+from megu_core.devices import resolve_device
+from megu_core.errors import CheckpointError
+from megu_core.inference import predict
+from megu_core.megu.oracle_common import nearest_to_prototype
 from megu_core.megu.oracles import ConceptOracle, create_oracle
 from megu_core.megu.transition import (
     auto_beta,
@@ -49,7 +55,7 @@ def target_concepts(
     fine_class_names: list[str] | None,
     fine_to_class: list[int] | None,
 ) -> list[TargetConcept]:
-    """The target concepts of a request: forgotten classes, one fine class, or each class hit by random forgetting."""
+    """List the target concepts of a request: forgotten classes, one fine class, or each class hit by random forgetting."""
     num_classes = len(class_names)
     if request_kind == "class":
         return [
@@ -95,25 +101,13 @@ def query_concepts(
     oracle = oracle or create_oracle(cfg.oracle)
     identity = oracle.identity()
 
-    # One query per target concept, never per sample.
-    scores: dict[int, dict[int, float]] = {}
-    score_rows = []
-    for concept in concepts:
-        values = oracle.score(concept.name, [class_names[c] for c in concept.candidates])
-        scores[concept.row] = {c: float(v) for c, v in zip(concept.candidates, values, strict=True)}
-        for c, v in scores[concept.row].items():
-            score_rows.append(
-                {
-                    "target": concept.name,
-                    "target_index": concept.row,
-                    "candidate": class_names[c],
-                    "candidate_index": c,
-                    "score": v,
-                    "oracle": identity.get("backend", cfg.oracle.kind),
-                    "model": identity.get("model", ""),
-                    "prompt_version": identity.get("prompt_version", ""),
-                }
-            )
+    exemplars = {}
+    if oracle.uses_exemplars:
+        rows = _concept_rows(concepts, forget["labels"], request.kind)
+        exemplars = select_exemplars(
+            concepts, rows, forget["features"], forget["sample_ids"], dataset, cfg.oracle.exemplars
+        )
+    scores, score_rows = score_concepts(oracle, concepts, class_names, exemplars)
     matrix = transition_matrix(scores, len(class_names), cfg.transition.tau)  # (C, C)
 
     device = torch.device("cpu")
@@ -130,8 +124,7 @@ def query_concepts(
         "perturbing_labels": out_dir / "perturbing_labels.parquet",
         "transition_heatmap": out_dir / "transition_matrix.png",
     }
-    write_table(pd.DataFrame(score_rows), files["concept_scores"], "concept_scores")
-    write_table(_matrix_frame(matrix, class_names), files["transition_matrix"], "transition_matrix")
+    _write_concept_files(files, score_rows, matrix, class_names, concepts, identity)
     write_table(
         pd.DataFrame(
             {
@@ -144,16 +137,11 @@ def query_concepts(
         files["perturbing_labels"],
         "perturbing_labels",
     )
-    transition_heatmap(
-        matrix.numpy(),
-        class_names,
-        [c.row for c in concepts][:20],
-        files["transition_heatmap"],
-        title=f"transition matrix ({identity.get('backend', cfg.oracle.kind)} oracle)",
-    )
 
     summary = {
         "oracle": identity,
+        "oracle_stats": asdict(oracle.stats),
+        "exemplars": {c.name: exemplars[c.row].sample_ids for c in concepts if c.row in exemplars},
         "beta": beta,
         "concepts": {
             c.name: _top_candidates(scores[c.row], matrix[c.row], class_names)
@@ -165,6 +153,164 @@ def query_concepts(
         },
     }
     return StageOutput(files, summary)
+
+
+@dataclass(frozen=True)
+class Exemplars:
+    """The images an MLLM oracle is shown for one target concept."""
+
+    sample_ids: list[str]
+    images: torch.Tensor  # (k, 3, h, w) uint8
+
+
+def select_exemplars(
+    concepts: list[TargetConcept],
+    rows: torch.Tensor,  # (n_f,) transition-matrix row of each forget sample's concept
+    features: torch.Tensor,  # (n_f, d) original-model features of the forget samples
+    sample_ids: list[str],
+    dataset: Dataset,
+    k: int,
+) -> dict[int, Exemplars]:
+    """Pick, per concept, the k forget samples nearest its prototype mu_t, with their images."""
+    position = {sample_id: i for i, sample_id in enumerate(dataset.train.sample_ids)}
+    selected = {}
+    for concept in concepts:
+        members = (rows == concept.row).nonzero().flatten()  # (n_t,)
+        nearest = members[nearest_to_prototype(features[members], k)]  # (k,)
+        ids = [sample_ids[i] for i in nearest.tolist()]
+        images = dataset.train.images[torch.tensor([position[i] for i in ids])]  # (k, 3, h, w)
+        selected[concept.row] = Exemplars(ids, images)
+    return selected
+
+
+def score_concepts(
+    oracle: ConceptOracle,
+    concepts: list[TargetConcept],
+    class_names: list[str],
+    exemplars: dict[int, Exemplars],
+) -> tuple[dict[int, dict[int, float]], list[dict]]:
+    """Ask the oracle once per target concept, never per sample.
+
+    Returns the scores as {row: {candidate: score}} and one concept_scores row per pair.
+    """
+    identity = oracle.identity()
+    scores: dict[int, dict[int, float]] = {}
+    score_rows = []
+    for concept in concepts:
+        images = exemplars[concept.row].images if concept.row in exemplars else None
+        values = oracle.score(concept.name, [class_names[c] for c in concept.candidates], images)
+        scores[concept.row] = {c: float(v) for c, v in zip(concept.candidates, values, strict=True)}
+        for c, v in scores[concept.row].items():
+            score_rows.append(
+                {
+                    "target": concept.name,
+                    "target_index": concept.row,
+                    "candidate": class_names[c],
+                    "candidate_index": c,
+                    "score": v,
+                    "oracle": identity.get("backend", ""),
+                    "model": identity.get("model", ""),
+                    "prompt_version": identity.get("prompt_version", ""),
+                }
+            )
+    return scores, score_rows
+
+
+def score_checkpoint_concepts(
+    cfg: PipelineConfig,
+    checkpoint: Path | None,
+    out_dir: Path,
+    oracle: ConceptOracle | None = None,
+) -> StageOutput:
+    """Score the target concepts of `cfg.forget` and write their scores, T and its heatmap.
+
+    Needs no other stage's outputs: the library side of `megu concepts`. `checkpoint` is
+    the original model, whose features choose the exemplars; only MLLM oracles need it.
+    """
+    dataset, request = load_prepared(cfg)
+    class_names = list(dataset.class_names)
+    forget_labels = dataset.train.labels[torch.from_numpy(request.indices)]  # (n_f,)
+    concepts = target_concepts(
+        request.kind,
+        request.target_classes,
+        request.target_fine_class,
+        forget_labels,
+        class_names,
+        dataset.fine_class_names,
+        dataset.fine_to_class,
+    )
+    oracle = oracle or create_oracle(cfg.oracle)
+
+    exemplars = {}
+    if oracle.uses_exemplars:
+        features = _forget_features(cfg, checkpoint, dataset, request.indices)  # (n_f, d)
+        rows = _concept_rows(concepts, forget_labels, request.kind)
+        ids = [dataset.train.sample_ids[i] for i in request.indices]
+        exemplars = select_exemplars(concepts, rows, features, ids, dataset, cfg.oracle.exemplars)
+
+    started = time.perf_counter()
+    scores, score_rows = score_concepts(oracle, concepts, class_names, exemplars)
+    seconds = time.perf_counter() - started
+    matrix = transition_matrix(scores, len(class_names), cfg.transition.tau)  # (C, C)
+
+    files = {
+        "concept_scores": out_dir / "concept_scores.parquet",
+        "transition_matrix": out_dir / "transition_matrix.parquet",
+        "transition_heatmap": out_dir / "transition_matrix.png",
+    }
+    _write_concept_files(files, score_rows, matrix, class_names, concepts, oracle.identity())
+    summary = {
+        "request": request.request.spec,
+        "oracle": oracle.identity(),
+        "oracle_stats": asdict(oracle.stats),
+        "oracle_seconds": seconds,
+        "exemplars": {c.name: exemplars[c.row].sample_ids for c in concepts if c.row in exemplars},
+        "concepts": {
+            c.name: _top_candidates(scores[c.row], matrix[c.row], class_names) for c in concepts
+        },
+    }
+    return StageOutput(files, summary)
+
+
+def _forget_features(
+    cfg: PipelineConfig, checkpoint: Path | None, dataset: Dataset, indices: np.ndarray
+) -> torch.Tensor:
+    """Return the checkpoint's features g0(x) of the forget samples, shape (n_f, d)."""
+    if checkpoint is None:
+        raise CheckpointError(
+            f"the {cfg.oracle.kind} oracle is shown the forget samples nearest each concept's "
+            "prototype, which needs the original model: pass its checkpoint folder"
+        )
+    device = resolve_device(cfg.device)
+    model, document = load_checkpoint(checkpoint, device)
+    if document["model"]["num_classes"] != dataset.num_classes:
+        raise CheckpointError(
+            f"{checkpoint} predicts {document['model']['num_classes']} classes but dataset "
+            f"{cfg.data.source!r} has {dataset.num_classes}; pass the dataset it was trained on"
+        )
+    images = dataset.train.images[torch.from_numpy(indices)]  # (n_f, 3, h, w)
+    _, features = predict(model, images, device, with_features=True)
+    return features
+
+
+def _write_concept_files(
+    files: dict[str, Path],
+    score_rows: list[dict],
+    matrix: torch.Tensor,
+    class_names: list[str],
+    concepts: list[TargetConcept],
+    identity: dict[str, str],
+) -> None:
+    """Write concept_scores.parquet, transition_matrix.parquet and the heatmap PNG."""
+    write_table(pd.DataFrame(score_rows), files["concept_scores"], "concept_scores")
+    write_table(_matrix_frame(matrix, class_names), files["transition_matrix"], "transition_matrix")
+    transition_heatmap(
+        matrix.numpy(),
+        class_names,
+        [c.row for c in concepts][:20],
+        files["transition_heatmap"],
+        title=f"transition matrix ({identity.get('backend', '')} oracle)",
+    )
 
 
 def _perturbing_targets(cfg, kind, concepts, forget, p0, matrix, test_confidence):
@@ -201,7 +347,7 @@ def _perturbing_targets(cfg, kind, concepts, forget, p0, matrix, test_confidence
 
 
 def _concept_rows(concepts, labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """The transition-matrix row of each forget sample's concept."""
+    """Return the transition-matrix row of each forget sample's concept."""
     if kind == "subclass":
         return torch.full_like(labels, concepts[0].row)
     return labels.clone()

@@ -80,13 +80,13 @@ def test_create_oracle_builds_text_lazily():
 
 def test_create_oracle_unknown_kind_lists_kinds():
     config = OracleConfig()
-    object.__setattr__(config, "kind", "openai")  # a kind the config will accept later
+    object.__setattr__(config, "kind", "clip")  # bypasses the config's own check
 
     with pytest.raises(ConfigError) as error:
         create_oracle(config)
 
-    assert "'openai'" in str(error.value)
-    assert "text, uniform" in str(error.value)
+    assert "'clip'" in str(error.value)
+    assert "openai, text, transformers, uniform" in str(error.value)
 
 
 def test_text_oracle_missing_model_raises(tmp_path, monkeypatch):
