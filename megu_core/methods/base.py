@@ -77,6 +77,7 @@ class UnlearnContext:
     budget: UnlearnBudget = field(default_factory=UnlearnBudget)
     inputs: dict[str, Any] = field(default_factory=dict)  # stage outputs a method needs, by name
     progress: bool = True
+    train_config: TrainConfig | None = None  # the original's training run, repeated by retraining
 
     @property
     def forget_mask(self) -> torch.Tensor:

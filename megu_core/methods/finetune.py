@@ -11,10 +11,14 @@ from megu_core.training import TensorBatches, cross_entropy_step
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    """Overrides of the shared budget; None keeps the budget's value."""
+    """Epochs and learning rate of the retain finetuning; None takes the shared budget's value.
 
-    epochs: float | None = None
-    lr: float | None = None
+    Defaults are the published baseline (SSD's finetune: 5 epochs, SGD lr 0.02). Setting both
+    to None gives the shared budget that MeGU gets (2 epochs, lr 0.01).
+    """
+
+    epochs: float | None = 5.0
+    lr: float | None = 0.02
 
 
 @register_method("finetune")
@@ -26,9 +30,9 @@ class Finetune(UnlearningMethod):
     def unlearn(self, ctx: UnlearnContext) -> UnlearnResult:
         images, labels = ctx.retain_data()
         budget = ctx.budget
-        cfg = budget.train_config(
-            epochs=self.params.epochs or budget.epochs, lr=self.params.lr or budget.lr
-        )
+        epochs = budget.epochs if self.params.epochs is None else self.params.epochs
+        lr = budget.lr if self.params.lr is None else self.params.lr
+        cfg = budget.train_config(epochs=epochs, lr=lr)
         batches = TensorBatches(
             images, labels, budget.retain_batch_size, ctx.device, budget.augment, True, budget.seed
         )

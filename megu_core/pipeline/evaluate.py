@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -34,13 +35,17 @@ def evaluate_model(
     if reference_metrics is not None:
         reference = Evaluation(read_metrics(reference_metrics), pd.DataFrame())
     evaluation = evaluate(model, dataset, request, device, reference)
+    # Metrics a request does not define (the forgotten class's test accuracy under random
+    # forgetting) are NaN. They are left out: the metrics schema requires a value, and the
+    # stage manifest's JSON rejects NaN.
+    metrics = {name: value for name, value in evaluation.metrics.items() if not math.isnan(value)}
 
     files = {"metrics": out_dir / "metrics.parquet", "per_sample": out_dir / "per_sample.parquet"}
     write_table(
         pd.DataFrame(
             {
-                "metric": list(evaluation.metrics),
-                "value": list(evaluation.metrics.values()),
+                "metric": list(metrics),
+                "value": list(metrics.values()),
                 "model": role,
                 "split": None,
             }
@@ -49,7 +54,7 @@ def evaluate_model(
         "metrics",
     )
     write_table(evaluation.per_sample, files["per_sample"], "per_sample")
-    return StageOutput(files, {"role": role, "metrics": evaluation.metrics})
+    return StageOutput(files, {"role": role, "metrics": metrics})
 
 
 def read_metrics(path: Path) -> dict[str, float]:

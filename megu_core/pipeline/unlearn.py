@@ -47,7 +47,9 @@ def unlearn(
         inputs["feature_targets"] = read_feature_targets(noise_path, forget_ids)
 
     torch.manual_seed(cfg.budget.seed)
-    ctx = UnlearnContext(original, dataset, request, device, cfg.budget, inputs, progress)
+    ctx = UnlearnContext(
+        original, dataset, request, device, cfg.budget, inputs, progress, train_config=cfg.train
+    )
     result = method.unlearn(ctx)
     log.info("%s unlearned %d samples in %.1f s", cfg.method, len(request), result.seconds)
 

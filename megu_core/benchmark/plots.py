@@ -1,0 +1,80 @@
+"""Benchmark plots: Avg. Gap per method, and forget versus retain accuracy, one panel per scenario."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and workers
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    """Save a figure to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        fig.savefig(temporary, dpi=120, bbox_inches="tight")
+        os.replace(temporary, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def _metric(summary: pd.DataFrame, scenario: str, metric: str) -> pd.DataFrame:
+    part = summary[(summary["scenario"] == scenario) & (summary["metric"] == metric)]
+    return part.set_index("method")[["mean", "std"]]
+
+
+def _panels(count: int, width_each: float, height: float):
+    fig, axes = plt.subplots(1, count, figsize=(width_each * count, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def gap_plot(summary: pd.DataFrame, path: Path) -> Path:
+    """Draw the mean Avg. Gap to the gold retrain per method as bars with standard-deviation whiskers."""
+    scenarios = list(dict.fromkeys(summary["scenario"]))
+    fig, axes = _panels(len(scenarios), 6.0, 4.0)
+    for ax, scenario in zip(axes, scenarios, strict=True):
+        gaps = _metric(summary, scenario, "avg_gap").drop(index="retrain", errors="ignore")
+        gaps = gaps.dropna(subset=["mean"]).sort_values("mean")
+        positions = np.arange(len(gaps))
+        colours = ["tab:orange" if name == "megu" else "tab:blue" for name in gaps.index]
+        ax.bar(positions, gaps["mean"], yerr=gaps["std"].fillna(0.0), color=colours, capsize=3)
+        ax.set_xticks(positions, labels=list(gaps.index), rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("Avg. Gap to the gold retrain (points)")
+        ax.set_title(scenario)
+    fig.suptitle("Avg. Gap per method (lower is closer to the gold retrain)")
+    return _save(fig, path)
+
+
+def forget_retain_plot(summary: pd.DataFrame, path: Path) -> Path:
+    """Plot each method at (mean forget accuracy, mean retain accuracy), with the gold retrain as a star."""
+    scenarios = list(dict.fromkeys(summary["scenario"]))
+    fig, axes = _panels(len(scenarios), 5.5, 4.5)
+    for ax, scenario in zip(axes, scenarios, strict=True):
+        forget = _metric(summary, scenario, "forget_accuracy")
+        retain = _metric(summary, scenario, "retain_accuracy")
+        for method in forget.index:
+            x, y = forget.loc[method, "mean"], retain.loc[method, "mean"]
+            if np.isnan(x) or np.isnan(y):
+                continue
+            marker = "*" if method == "retrain" else "o"
+            size = 160 if method in ("retrain", "megu") else 40
+            ax.scatter(x, y, marker=marker, s=size, label=method)
+            ax.annotate(method, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("forget accuracy (%)")
+        ax.set_ylabel("retain accuracy (%)")
+        ax.set_title(scenario)
+    fig.suptitle("Forget versus retain accuracy (the gold retrain is the star)")
+    return _save(fig, path)
