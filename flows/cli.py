@@ -7,6 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
+from flows.benchmark_cli import add_benchmark_command
+from flows.concepts_cli import add_concepts_command
+from flows.service_cli import add_service_commands
 from megu_core.config import merge, parse_override, preset
 from megu_core.data import megu_home
 from megu_core.errors import MeguError
@@ -84,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_pipeline_arguments(rerun)
     rerun.set_defaults(handler=run_pipeline)
+
+    add_service_commands(commands)
+    add_concepts_command(commands)
+    add_benchmark_command(commands)
     return parser
 
 
@@ -102,12 +109,19 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", default="cpu", help="cpu (width 16, 15 epochs), reference (width 64) or tiny"
     )
     parser.add_argument("--method", default="megu", help="unlearning method from the registry")
-    parser.add_argument("--oracle", help="concept oracle: text (default) or uniform")
+    parser.add_argument(
+        "--oracle", help="concept oracle: text (default), uniform, transformers or openai"
+    )
     parser.add_argument(
         "--reference",
         choices=["none", "retrain"],
         default="none",
         help="retrain: also train the gold retrain (cached) and report the gaps to it",
+    )
+    parser.add_argument(
+        "--original",
+        type=Path,
+        help="checkpoint folder of an existing original model (e.g. from 'megu train') instead of training one",
     )
     parser.add_argument("--config", type=Path, help="YAML file with configuration values")
     parser.add_argument(
@@ -201,6 +215,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         reference=args.reference,
         overrides=overrides,
         refresh=refresh,
+        original=str(args.original) if args.original else None,
     )
     print(format_run_report(result))
     return 0
@@ -231,7 +246,7 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 
 
 def format_run_report(result: dict) -> str:
-    """The text `megu run` prints: metrics per model, time, concepts, stages and registry versions."""
+    """Format what `megu run` prints: metrics per model, time, concepts, stages and registry versions."""
     lines = [
         f"forget request {result['request']} ({result['num_forget']} samples, id {result['request_id']})",
         "",
@@ -265,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request to the Prefect API at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return args.handler(args)
     except MeguError as exc:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from megu_core.checkpoint import read_checkpoint_config
 from megu_core.metrics import METRIC_LABELS, format_metrics_table
 from megu_core.pipeline.config import pipeline_config
 from tasks.pipeline import (
     build_noise_pairs,
+    checkpoint_input,
     dataset_input,
     evaluate_model,
     extract_features,
@@ -28,7 +31,7 @@ MEGU_STAGE_METHODS = ("megu",)  # methods that need the features, concepts and n
 
 
 def stages_to_refresh(refresh: list[str] | None) -> set[str]:
-    """A refreshed stage recomputes itself and every stage after it."""
+    """Return the stages to recompute: each named stage and every stage after it."""
     refresh = list(refresh or [])
     unknown = [stage for stage in refresh if stage not in STAGES]
     if unknown:
@@ -39,12 +42,25 @@ def stages_to_refresh(refresh: list[str] | None) -> set[str]:
     return set(STAGES[first:])
 
 
+def imported_model_settings(folder: Path) -> dict[str, Any]:
+    """Architecture and training schedule of an existing checkpoint, as configuration overrides."""
+    document = read_checkpoint_config(folder)
+    settings = {
+        "model.architecture": document["model"]["architecture"],
+        "model.base_width": document["model"]["base_width"],
+    }
+    for key, value in document.get("config", {}).get("train", {}).items():
+        settings[f"train.{key}"] = value
+    return settings
+
+
 class StageRunner:
     """Runs stage tasks, refreshing those named, and records whether each was computed or cached."""
 
-    def __init__(self, cfg: dict, refresh: set[str]) -> None:
+    def __init__(self, cfg: dict, refresh: set[str], original: str | None = None) -> None:
         self.cfg = cfg
         self.refresh = refresh
+        self.original = original
         self.statuses: list[dict[str, Any]] = []
 
     def __call__(
@@ -80,16 +96,22 @@ def unlearning_flow(
     reference: str = "none",
     overrides: dict[str, Any] | None = None,
     refresh: list[str] | None = None,
+    original: str | None = None,
 ) -> dict[str, Any]:
     """Unlearn `forget` from the original model of `dataset` and evaluate it.
 
     `reference="retrain"` also trains the gold retrain and reports gaps to it; `refresh` names
     stages to recompute (each with every stage after it) while the earlier ones come from cache.
+    `original` adopts an existing checkpoint folder as the original model instead of training
+    one; its architecture and training schedule then also define the gold retrain.
     """
     logger = get_run_logger()
-    settings = {"forget": forget, "method": method, "reference": reference, **(overrides or {})}
+    settings = {"forget": forget, "method": method, "reference": reference}
+    if original:
+        settings.update(imported_model_settings(Path(original)))
+    settings.update(overrides or {})
     cfg = pipeline_config(dataset, preset, settings).to_dict()
-    run = StageRunner(cfg, stages_to_refresh(refresh))
+    run = StageRunner(cfg, stages_to_refresh(refresh), original)
 
     run_id = start_tracking(
         cfg, f"{method}-{forget}", {"megu.method": method, "megu.forget_request": forget}
@@ -109,9 +131,13 @@ def unlearning_flow(
 def _run_stages(run: StageRunner, cfg: dict, run_id: str) -> dict[str, Any]:
     # Data and the original model; the original depends on the dataset alone.
     samples = run(prepare_data, "prepare", {})
-    original = run(
-        train_model, "train", {"dataset": dataset_input(samples)}, label="train original"
-    )
+    if run.original:
+        imported = {"checkpoint": checkpoint_input(Path(run.original))}
+        original = run(train_model, "train", imported, label="import original")
+    else:
+        original = run(
+            train_model, "train", {"dataset": dataset_input(samples)}, label="train original"
+        )
     retrain = None
     if cfg["reference"] == "retrain":
         retrain = run(
@@ -183,7 +209,7 @@ def _run_stages(run: StageRunner, cfg: dict, run_id: str) -> dict[str, Any]:
 
 
 def _publish(result: dict[str, Any], cfg: dict) -> None:
-    """A table artifact with the metrics and a markdown summary, so the Prefect UI shows results."""
+    """Publish a table artifact with the metrics and a markdown summary, so the Prefect UI shows results."""
     rows = []
     for role, metrics in result["metrics"].items():
         rows.append(
@@ -203,7 +229,7 @@ def _publish(result: dict[str, Any], cfg: dict) -> None:
 
 
 def summary_markdown(result: dict[str, Any], cfg: dict) -> str:
-    """The human-readable summary of one run."""
+    """Write the human-readable Markdown summary of one run."""
     lines = [
         f"# {cfg['method']} on `{result['request']}`",
         "",

@@ -66,6 +66,7 @@ _SPLIT = _required("split", pa.string())
 _LABEL = _required("label", pa.int64())  # output class index
 _FINE_LABEL = _optional("fine_label", pa.int64())  # null where the dataset has no fine labelling
 _TARGET_INDEX = _required("target_index", pa.int64())  # index of the target concept
+_UTC_TIME = pa.string()  # ISO 8601 in UTC with microseconds, so text order is time order
 
 SCHEMAS: dict[str, pa.Schema] = {
     "samples": pa.schema(
@@ -159,6 +160,52 @@ SCHEMAS: dict[str, pa.Schema] = {
             _required("in_forget", pa.bool_()),
         ]
     ),
+    # One row per benchmark run (scenario, target, method, seed) with every metric and its gap
+    # to the gold retrain of the same seed. Metrics are null where a run failed or was skipped.
+    "benchmark_results": pa.schema(
+        [
+            _required("scenario", pa.string()),
+            _required("dataset", pa.string()),
+            _required("target", pa.string()),
+            _required("forget_request", pa.string()),
+            _optional("num_forget", pa.int64()),
+            _required("method", pa.string()),  # a registered method, or "original"
+            _required("seed", pa.int64()),
+            choice_field("status", ["ok", "failed", "skipped"]),
+            _optional("error", pa.string()),  # why a run failed or was skipped
+            _optional("forget_accuracy", pa.float64()),
+            _optional("retain_accuracy", pa.float64()),
+            _optional("test_accuracy", pa.float64()),
+            _optional("test_forgotten_accuracy", pa.float64()),
+            _optional("test_retained_accuracy", pa.float64()),
+            _optional("mia_entropy", pa.float64()),
+            _optional("mia_confidence", pa.float64()),
+            _optional("gap_forget_accuracy", pa.float64()),
+            _optional("gap_retain_accuracy", pa.float64()),
+            _optional("gap_test_accuracy", pa.float64()),
+            _optional("gap_test_forgotten_accuracy", pa.float64()),
+            _optional("gap_test_retained_accuracy", pa.float64()),
+            _optional("gap_mia_entropy", pa.float64()),
+            _optional("gap_mia_confidence", pa.float64()),
+            _optional("avg_gap", pa.float64()),
+            _optional("seconds", pa.float64()),  # the unlearning step alone, or the training run
+            _optional("retrain_seconds", pa.float64()),  # the gold retrain of the same seed
+            _optional("time_ratio", pa.float64()),  # seconds / retrain_seconds
+            _required("preset", pa.string()),
+            _required("base_width", pa.int64()),
+        ]
+    ),
+    # Mean and standard deviation per scenario, method and metric over targets and seeds.
+    "benchmark_summary": pa.schema(
+        [
+            _required("scenario", pa.string()),
+            _required("method", pa.string()),
+            _required("metric", pa.string()),
+            _optional("mean", pa.float64()),  # null when no run of the method succeeded
+            _optional("std", pa.float64()),  # sample standard deviation; null for a single run
+            _required("runs", pa.int64()),  # successful runs behind the mean
+        ]
+    ),
     # Long format, so that new quantities need no schema change: one row per value, with
     # `column` set for pairwise quantities such as prototype cosine similarity.
     "entanglement": pa.schema(
@@ -170,6 +217,50 @@ SCHEMAS: dict[str, pa.Schema] = {
             _optional("column", pa.int64()),
             _optional("column_name", pa.string()),
             _required("value", pa.float64()),
+        ]
+    ),
+    # One queued forget request and, once processed, its audit record (megu_core.request_queue).
+    "forget_request": pa.schema(
+        [
+            _required("request_id", pa.string()),  # queue id, e.g. 20250101-120000-a1b2c3
+            _required("forget", pa.string()),  # the request as submitted, e.g. class:cat
+            _optional("note", pa.string()),
+            _optional("dataset", pa.string()),  # null: the processing flow's default
+            _optional("method", pa.string()),  # null: the processing flow's default
+            choice_field("status", ["pending", "running", "done", "failed"]),
+            _required("submitted_at", _UTC_TIME),
+            _optional("claimed_at", _UTC_TIME),
+            _optional("finished_at", _UTC_TIME),
+            _optional("worker", pa.string()),  # host:pid of the process that claimed it
+            _optional("flow_run_id", pa.string()),  # Prefect flow run that processed it
+            _optional("error", pa.string()),
+            _optional("resolved_request", pa.string()),  # canonical form of `forget`
+            _optional("forget_set_id", pa.string()),  # hash of the request and its sample ids
+            _optional("num_forget", pa.int64()),
+            _optional("forget_ids_sha256", pa.string()),  # sha256 of the sorted sample ids
+            _optional("registered_model", pa.string()),
+            _optional("source_version", pa.int64()),  # version the unlearning started from
+            _optional("unlearned_version", pa.int64()),
+            _optional("mlflow_run_id", pa.string()),
+            _optional("metrics", pa.string()),  # JSON: {model role: {metric: value}}
+            _optional("verdict", pa.string()),  # passed or failed; null until processed
+            _optional("verdict_checks", pa.string()),  # JSON list of checks with value and limit
+            _optional("thresholds", pa.string()),  # JSON: the limits the verdict applied
+        ]
+    ),
+    # One alias move in the model registry (megu_core.promotion), appended per promote or rollback.
+    "promotion": pa.schema(
+        [
+            _required("at", _UTC_TIME),
+            _required("registered_model", pa.string()),
+            _required("alias", pa.string()),
+            choice_field("action", ["promote", "rollback"]),
+            _required("version", pa.int64()),  # the version the alias points at afterwards
+            _optional("previous_version", pa.int64()),  # null when the alias was unset
+            _optional("verdict", pa.string()),  # passed, failed, or null for a version without one
+            _required("forced", pa.bool_()),  # promoted despite a verdict other than passed
+            _optional("reason", pa.string()),
+            _required("actor", pa.string()),  # user@host that ran the command
         ]
     ),
 }

@@ -18,7 +18,7 @@ from megu_core.training import TrainConfig
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset to load and which labels the model predicts."""
+    """The dataset to load and the label column the model predicts."""
 
     source: str = "cifar10"  # catalog name, local folder or Hub id
     label_column: str | None = None  # None: the catalog's default for the source
@@ -64,9 +64,7 @@ def preset(name: str, dataset: str = "cifar10") -> ExperimentConfig:
         return ExperimentConfig(
             data=data,
             model=ModelConfig(base_width=16),
-            train=TrainConfig(
-                epochs=15, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1
-            ),
+            train=TrainConfig(epochs=15, batch_size=128, lr=0.1, schedule="cosine", warmup_epochs=1),
             preset="cpu",
         )
     if name == "reference":

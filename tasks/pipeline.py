@@ -49,13 +49,26 @@ def prepare_data(
 def train_model(
     cfg: dict, inputs: dict, options: dict | None = None, refresh: bool = False
 ) -> StageRef:
-    """Train the original model, or with options.retrain the gold retrain that never sees the forget set.
+    """Train the original model, or with options.retrain the gold retrain, trained without the forget set.
 
     The original model's inputs are only the dataset (see `dataset_input`), so every forget
     request on a dataset shares one original model.
     """
     config = _config(cfg)
     options = options or {}
+    if "checkpoint" in inputs:
+        source = Path(inputs["checkpoint"]["path"])
+        return _report(
+            "train",
+            run_cached(
+                "train",
+                cfg,
+                inputs,
+                options,
+                refresh,
+                lambda out: prepare.import_model(config, source, out),
+            ),
+        )
     retrain = bool(options.get("retrain"))
     ids_hash = inputs["samples"]["summary"]["ids_hash"] if retrain else ""
     return _report(
@@ -71,8 +84,22 @@ def train_model(
     )
 
 
+def checkpoint_input(folder: Path) -> StageRef:
+    """Build an input reference to an existing checkpoint folder, keyed by the digests of its files."""
+    from megu_core.artifacts import file_digest
+    from megu_core.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    folder = Path(folder).resolve()
+    files = {}
+    for name, file in (("weights", WEIGHTS_FILE), ("checkpoint_config", CONFIG_FILE)):
+        if not (folder / file).is_file():
+            raise FileNotFoundError(f"{folder} is not a megu checkpoint: {file} is missing")
+        files[name] = {"sha256": file_digest(folder / file)}
+    return {"files": files, "summary": {}, "path": str(folder)}
+
+
 def dataset_input(samples: StageRef) -> StageRef:
-    """An input reference that carries only the dataset's content digest, not the forget request."""
+    """Build an input reference that carries only the dataset's content digest, not the forget request."""
     return {"files": {"source": {"sha256": samples["summary"]["dataset"]["digest"]}}, "summary": {}}
 
 

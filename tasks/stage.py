@@ -45,7 +45,7 @@ StageRef = dict[str, Any]  # what a task returns: see `stage_ref`
 
 
 def input_digests(inputs: Mapping[str, StageRef | None]) -> dict[str, str]:
-    """The sha256 of every file of every upstream stage, named `<input>.<file>`."""
+    """Collect the sha256 of every file of every upstream stage, named `<input>.<file>`."""
     digests = {}
     for name, ref in inputs.items():
         if ref is None:
@@ -68,7 +68,7 @@ def compute_stage_key(
 
 
 def prefect_cache_key(stage: str) -> Callable[[TaskRunContext, dict[str, Any]], str]:
-    """A Prefect cache_key_fn for `stage` that only reports a hit for valid files.
+    """Build a Prefect cache_key_fn for `stage` that reports a hit only for valid files.
 
     The MEGU_HOME folder is part of the Prefect key: two homes with identical content must not
     hand each other paths.
@@ -128,5 +128,5 @@ def run_cached(
 
 
 def file_path(ref: StageRef, name: str) -> str:
-    """The absolute path of one file of a stage's outputs."""
+    """Return the absolute path of one file of a stage's outputs."""
     return ref["files"][name]["path"]

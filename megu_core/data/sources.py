@@ -127,8 +127,12 @@ def download_from_hub(hub_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
+        # HF_HUB_CACHE is read here rather than at import time, so a changed variable takes effect.
         folder = snapshot_download(
-            repo_id=hub_id, repo_type="dataset", allow_patterns=["*.parquet", "**/*.parquet"]
+            repo_id=hub_id,
+            repo_type="dataset",
+            allow_patterns=["*.parquet", "**/*.parquet"],
+            cache_dir=os.environ.get("HF_HUB_CACHE") or None,
         )
     except Exception as exc:  # the hub client raises many types: offline, not found, HTTP
         raise DatasetError(

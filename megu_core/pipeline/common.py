@@ -1,4 +1,4 @@
-"""What every pipeline stage shares: its output record and loading the prepared data."""
+"""Shared pieces of the pipeline stages: the output record and loading the prepared data."""
 
 from __future__ import annotations
 
@@ -44,6 +44,6 @@ def load_prepared(
 
 
 def checkpoint_dir(path: Path) -> Path:
-    """The folder of a checkpoint, given the folder or its weights file."""
+    """Return the folder of a checkpoint, given the folder or its weights file."""
     path = Path(path)
     return path.parent if path.suffix == ".safetensors" else path

@@ -21,7 +21,7 @@ REFERENCES = ("none", "retrain")
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Which samples the features stage extracts besides the forget set."""
+    """Settings of the retain reference set that the features stage extracts besides the forget set."""
 
     retain_per_class: int = 500  # m: retain reference samples per class for the prototypes
     seed: int = 0

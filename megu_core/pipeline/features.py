@@ -106,4 +106,3 @@ def read_features(path: Path) -> dict[str, dict]:
             "features": torch.from_numpy(np.stack(frame["feature"].to_numpy())),
         }
     return result
-

@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 
 from megu_core.artifacts import write_table
+from megu_core.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from megu_core.config import ExperimentConfig
-from megu_core.experiment import dataset_description, train_original
+from megu_core.data import load_dataset
+from megu_core.errors import CheckpointError
+from megu_core.experiment import dataset_description, dataset_spec, train_original
 from megu_core.pipeline.common import StageOutput, load_prepared
 from megu_core.pipeline.config import PipelineConfig
 
@@ -64,7 +67,7 @@ def prepare(cfg: PipelineConfig, out_dir: Path) -> StageOutput:
 def train(
     cfg: PipelineConfig, out_dir: Path, retrain: bool, ids_hash: str, progress: bool = True
 ) -> StageOutput:
-    """Train the original model, or with `retrain` the gold retrain that never sees the forget set."""
+    """Train the original model, or with `retrain` the gold retrain, trained without the forget set."""
     experiment = ExperimentConfig(
         data=cfg.data, model=cfg.model, train=cfg.train, device=cfg.device, preset=cfg.preset
     )
@@ -81,6 +84,42 @@ def train(
         "images_per_second": report.train.images_per_second,
         "bare_images_per_second": report.bare_images_per_second,
         "epochs": report.epochs,
+    }
+    files = {
+        "weights": out_dir / "checkpoint" / "model.safetensors",
+        "checkpoint_config": out_dir / "checkpoint" / "config.json",
+    }
+    return StageOutput(files, summary)
+
+
+def import_model(cfg: PipelineConfig, source: Path, out_dir: Path) -> StageOutput:
+    """Adopt an existing checkpoint as the original model, after checking it fits the dataset."""
+    model, document = load_checkpoint(source, "cpu")
+    dataset = load_dataset(dataset_spec(cfg.data))
+    expected = document["model"]["num_classes"]
+    if expected != dataset.num_classes:
+        raise CheckpointError(
+            f"{source} predicts {expected} classes but dataset {cfg.data.source!r} has {dataset.num_classes}; "
+            "pass the checkpoint of a model trained on this dataset"
+        )
+    recorded = document.get("dataset", {}).get("class_names")
+    if recorded and list(recorded) != list(dataset.class_names):
+        raise CheckpointError(
+            f"{source} was trained on classes {recorded[:5]}... but the dataset has {list(dataset.class_names)[:5]}..."
+        )
+
+    metadata = {key: value for key, value in document.items() if key != "model"}
+    metadata["imported_from"] = str(source)
+    save_checkpoint(out_dir / "checkpoint", model, ModelSpec(**document["model"]), metadata)
+    training = document.get("training", {})
+    summary = {
+        "role": "original",
+        "imported_from": str(source),
+        "test_accuracy": document.get("test_accuracy"),
+        "seconds": training.get("seconds", 0.0),
+        "images_per_second": training.get("images_per_second"),
+        "bare_images_per_second": training.get("bare_images_per_second"),
+        "epochs": document.get("config", {}).get("train", {}).get("epochs"),
     }
     files = {
         "weights": out_dir / "checkpoint" / "model.safetensors",

@@ -177,3 +177,31 @@ def test_deleted_artifact_is_recomputed(first_run, pipeline_home):
     statuses = _statuses(again)
     assert statuses["features"] == "computed"
     assert statuses["prepare"] == "cached"
+
+
+def test_existing_checkpoint_imported_as_original(first_run, pipeline_home, tmp_path):
+    from flows.unlearning import unlearning_flow
+    from megu_core.checkpoint import read_checkpoint_config
+
+    home, data = pipeline_home
+    trained = [
+        manifest.parent / "checkpoint"
+        for manifest in (home / "stages" / "train").rglob("manifest.json")
+        if '"role": "original"' in manifest.read_text()
+    ]
+
+    result = unlearning_flow(
+        dataset=str(data), forget="class:red_things", preset="tiny",
+        overrides=tiny_overrides(), original=str(trained[0]),
+    )
+
+    statuses = _statuses(result)
+    assert statuses["import original"] == "computed"
+    assert "train retrain" not in statuses
+    imported = next(
+        manifest.parent / "checkpoint"
+        for manifest in (home / "stages" / "train").rglob("manifest.json")
+        if "imported_from" in manifest.read_text()
+    )
+    assert read_checkpoint_config(imported)["imported_from"] == str(trained[0])
+    assert result["metrics"]["original"]["retain_accuracy"] == first_run["metrics"]["original"]["retain_accuracy"]
