@@ -46,6 +46,8 @@ MEGU_STAGE_METHODS = ("megu",)  # methods that need the features, concepts and n
 def make_task_runner(runner: str):
     """Build the task runner of the grid: one thread (sequential) or a local Dask cluster of 2 processes."""
     if runner == "sequential":
+        # NOTE: in the test suite, an SSD step in this worker thread aborted the process when
+        # torch used two OpenMP threads (torch 2.13 CPU); set OMP_NUM_THREADS=1 if that happens.
         return ThreadPoolTaskRunner(max_workers=1)
     if runner == "dask":
         from prefect_dask import DaskTaskRunner

@@ -206,6 +206,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if args.config:
         overrides.update(_flatten(_load_yaml(args.config)))
     refresh = [args.stage] if getattr(args, "stage", None) else []
+    _check_pipeline_arguments(args, overrides)
 
     result = unlearning_flow(
         dataset=args.dataset,
@@ -219,6 +220,20 @@ def run_pipeline(args: argparse.Namespace) -> int:
     )
     print(format_run_report(result))
     return 0
+
+
+def _check_pipeline_arguments(args: argparse.Namespace, overrides: dict) -> None:
+    """Validate the configuration, device and original checkpoint before Prefect starts (seconds)."""
+    from flows.unlearning import imported_model_settings
+    from megu_core.devices import resolve_device
+    from megu_core.pipeline.config import pipeline_config
+
+    settings = {"forget": args.forget, "method": args.method, "reference": args.reference}
+    if args.original:
+        settings.update(imported_model_settings(args.original))
+    settings.update(overrides)
+    config = pipeline_config(args.dataset, args.preset, settings)
+    resolve_device(config.device)
 
 
 def _load_yaml(path: Path) -> dict:
@@ -290,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; stages that finished are cached, the next run resumes from them")
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -67,6 +68,8 @@ def save_checkpoint(directory: Path, model: nn.Module, spec: ModelSpec, metadata
 def read_checkpoint_config(directory: Path) -> dict:
     """Return the JSON document saved beside the weights."""
     path = Path(directory) / CONFIG_FILE
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"checkpoint folder {directory} does not exist")
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a megu checkpoint: {CONFIG_FILE} is missing")
     try:
@@ -89,7 +92,13 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> tupl
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
     model = spec.build()
     try:
-        model.load_state_dict(load_file(weights, device=str(device)))
-    except (RuntimeError, OSError) as exc:
+        state = load_file(weights, device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(
+            f"{weights} is not a readable safetensors file ({exc}); the file is corrupt or truncated"
+        ) from exc
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
         raise CheckpointError(f"{weights} does not match {spec}: {exc}") from exc
     return model.to(device), document

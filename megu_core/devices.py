@@ -14,7 +14,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     """Return CUDA when present for "auto", else the named device, checking it exists."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"invalid device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {name!r} was requested but CUDA is not available; use 'cpu' or 'auto'"

@@ -24,7 +24,7 @@ BAR_METRICS = (
 )
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Save a figure atomically: to a temporary file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def transition_heatmap(
     ax.set_ylabel("forgotten concept")
     ax.set_title(title or "transition matrix")
     fig.colorbar(image, ax=ax, fraction=0.03)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def metrics_comparison(rows: dict[str, dict[str, float]], path: Path, title: str = "") -> Path:
@@ -97,4 +97,4 @@ def metrics_comparison(rows: dict[str, dict[str, float]], path: Path, title: str
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
     ax.set_title(title or "metrics before and after unlearning")
-    return _save(fig, path)
+    return save_figure(fig, path)

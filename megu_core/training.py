@@ -163,12 +163,17 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig) 
 
 @dataclass
 class StepOutput:
-    """What a training step reports: the loss to minimise and accuracy counts for the progress bar."""
+    """What a training step reports: the loss to minimise and accuracy counts for the progress bar.
+
+    `count` is the number of predictions `correct` was counted over (0: no accuracy reported);
+    `images` is the number of images the step processed, for throughput (default: `count`).
+    """
 
     loss: torch.Tensor
     correct: int = 0
     count: int = 0
     terms: dict[str, float] = field(default_factory=dict)
+    images: int | None = None
 
 
 StepFn = Callable[[nn.Module, object], StepOutput]
@@ -195,7 +200,7 @@ class TrainResult:
     images: int
     images_per_second: float
     final_loss: float
-    final_train_accuracy: float
+    final_train_accuracy: float | None  # None when the step function reports no accuracy
     history: list[dict] = field(default_factory=list)
 
 
@@ -250,12 +255,13 @@ def train_loop(
         images_seen += stats["images"]
         stats.update(epoch=epoch + 1, lr=scheduler.get_last_lr()[0])
         history.append(stats)
+        accuracy = "-" if stats["accuracy"] is None else f"{stats['accuracy']:.4f}"
         log.info(
-            "%s epoch %d: loss %.4f, train accuracy %.4f, %.0f images/s",
+            "%s epoch %d: loss %.4f, train accuracy %s, %.0f images/s",
             description,
             epoch + 1,
             stats["loss"],
-            stats["accuracy"],
+            accuracy,
             stats["images_per_second"],
         )
         if on_epoch_end is not None:
@@ -298,12 +304,12 @@ def _run_epoch(
         loss_sum += float(out.loss.detach())
         correct += out.correct
         count += out.count
-        images += out.count
+        images += out.count if out.images is None else out.images
         elapsed = time.perf_counter() - started
         bar.update(1)
         bar.set_postfix(
             loss=f"{loss_sum / done:.3f}",
-            acc=f"{correct / max(count, 1):.3f}",
+            acc=f"{correct / count:.3f}" if count else "-",
             img_s=f"{images / elapsed:.0f}",
         )
     bar.close()
@@ -312,7 +318,7 @@ def _run_epoch(
         "steps": num_steps,
         "images": images,
         "loss": loss_sum / num_steps,
-        "accuracy": correct / max(count, 1),
+        "accuracy": correct / count if count else None,  # None: the step reports no accuracy
         "images_per_second": images / elapsed,
         "seconds": elapsed,
     }

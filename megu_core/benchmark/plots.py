@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -14,21 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-
-def _save(fig, path: Path) -> Path:
-    """Save a figure to a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        fig.savefig(temporary, dpi=120, bbox_inches="tight")
-        os.replace(temporary, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
+from megu_core.plots import save_figure  # noqa: E402
 
 
 def _metric(summary: pd.DataFrame, scenario: str, metric: str) -> pd.DataFrame:
@@ -55,7 +39,7 @@ def gap_plot(summary: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("Avg. Gap to the gold retrain (points)")
         ax.set_title(scenario)
     fig.suptitle("Avg. Gap per method (lower is closer to the gold retrain)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def forget_retain_plot(summary: pd.DataFrame, path: Path) -> Path:
@@ -77,4 +61,4 @@ def forget_retain_plot(summary: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("retain accuracy (%)")
         ax.set_title(scenario)
     fig.suptitle("Forget versus retain accuracy (the gold retrain is the star)")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from megu_core.data.catalog import CIFAR100_FINE_TO_COARSE
@@ -54,7 +55,13 @@ def load_dataset(spec: DatasetSpec, cache_dir: Path | None = None) -> Dataset:
 
     if (entry / "meta.json").is_file():
         log.info("loading %s from the tensor cache %s", source.name, entry)
-        return _read_cache(entry, source.name, digest)
+        try:
+            return _read_cache(entry, source.name, digest)
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
+            log.warning(
+                "the tensor cache %s is unreadable (%s); decoding the dataset again", entry, exc
+            )
+            shutil.rmtree(entry, ignore_errors=True)
 
     dataset = decode_dataset(source, digest)
     _write_cache(entry, dataset)
@@ -150,7 +157,8 @@ def _decode(data: bytes | None, origin: str, image_size: int, resize: bool) -> n
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         if isinstance(exc, DatasetError):
             raise
-        raise DatasetError(f"{origin}: corrupt or unreadable image ({exc})") from exc
+        reason = str(exc).split(" <_io.BytesIO")[0]  # PIL appends the buffer's repr
+        raise DatasetError(f"{origin}: corrupt or unreadable image ({reason})") from exc
 
 
 def fine_to_class_map(

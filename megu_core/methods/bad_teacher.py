@@ -72,7 +72,7 @@ class BadTeacher(UnlearningMethod):
                 flag = batch.y.bool()[:, None]  # (b, 1)
                 teacher = torch.where(flag, incompetent(batch.x), competent(batch.x))  # (b, C)
             loss = distillation_kl(model(batch.x), teacher, temperature)
-            return StepOutput(loss, 0, len(batch.y))
+            return StepOutput(loss, images=len(batch.y))
 
         cfg = ctx.budget.train_config(
             epochs=self.params.epochs,

@@ -80,6 +80,7 @@ class Megu(UnlearningMethod):
                 feature_targets[rows],
                 loss_cfg,
             )
-            return StepOutput(total, 0, int(pair.retain.y.shape[0]), terms)
+            images = int(pair.retain.y.shape[0] + pair.forget.y.shape[0])
+            return StepOutput(total, terms=terms, images=images)
 
         return run_finetuning(ctx, model, batches, step, ctx.budget.train_config(), "megu")

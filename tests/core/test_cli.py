@@ -71,3 +71,24 @@ def test_unknown_override_key_is_rejected(tmp_path, monkeypatch, caplog):
 
     assert status == 2
     assert "unknown configuration key 'train.speed'" in caplog.text
+
+
+def test_wrong_type_override_names_key(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MEGU_HOME", str(tmp_path / "home"))
+
+    status = main(
+        ["train", "--dataset", str(tmp_path), "--preset", "tiny", "--set", "train.epochs=abc"]
+    )
+
+    assert status == 2
+    assert "train.epochs must be a number, got 'abc'" in caplog.text
+
+
+def test_invalid_device_is_explained(tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.setenv("MEGU_HOME", str(tmp_path / "home"))
+
+    status = main(["run", "--dataset", str(tmp_path), "--preset", "tiny", "--device", "tpu"])
+
+    # Once Prefect is imported its handler may print the record instead of propagating it.
+    assert status == 2
+    assert "invalid device 'tpu'" in caplog.text + capsys.readouterr().err

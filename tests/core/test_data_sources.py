@@ -205,3 +205,15 @@ def test_real_cifar100_coarse_map_matches_official(tmp_path, monkeypatch):
     assert len(dataset.train) == 50_000
     assert dataset.fine_class_names[dataset.train.fine_labels[0]] == "apple"
     assert json.dumps(dataset.class_names[19]) == '"vehicles_2"'
+
+
+def test_corrupt_tensor_cache_is_rebuilt(parquet_dir, tmp_path):
+    first = load_dataset(DatasetSpec(str(parquet_dir)), cache_dir=tmp_path / "cache")
+    entry = tmp_path / "cache" / first.source_digest
+    cached = entry / "train.safetensors"
+    cached.write_bytes(cached.read_bytes()[:64])
+
+    second = load_dataset(DatasetSpec(str(parquet_dir)), cache_dir=tmp_path / "cache")
+
+    assert torch.equal(first.train.images, second.train.images)
+    assert (entry / "train.safetensors").stat().st_size > 64

@@ -126,5 +126,19 @@ def test_checkpoint_mismatch_is_explained(tmp_path):
 
 
 def test_missing_checkpoint_is_explained(tmp_path):
-    with pytest.raises(CheckpointError, match="config.json is missing"):
+    (tmp_path / "empty").mkdir()
+
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        load_checkpoint(tmp_path / "empty")
+
+
+def test_truncated_weights_are_explained(tmp_path):
+    spec = ModelSpec("resnet18", 4, 4)
+    save_checkpoint(tmp_path / "ckpt", spec.build(), spec, {})
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "ckpt")
