@@ -26,7 +26,7 @@ CONFIG_FILE = "config.json"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What is needed to rebuild a model before loading its weights."""
+    """Architecture, class count and width: enough to rebuild a model before loading its weights."""
 
     architecture: str
     num_classes: int

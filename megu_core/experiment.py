@@ -32,7 +32,7 @@ def dataset_spec(data: DataConfig) -> DatasetSpec:
 
 @dataclass
 class TrainReport:
-    """What `megu train` measured: accuracy, time and throughput."""
+    """Measurements of `megu train`: accuracy, time and throughput."""
 
     checkpoint: Path
     test_accuracy: float
@@ -91,7 +91,7 @@ def train_original(
 
 
 def dataset_description(dataset: Dataset) -> dict:
-    """The facts about a dataset that a checkpoint records."""
+    """Describe a dataset as a checkpoint records it."""
     return {
         "name": dataset.name,
         "digest": dataset.source_digest,

@@ -36,8 +36,7 @@ def predict(
                 features.append(z.float().cpu())
     finally:
         model.train(was_training)
-    empty = torch.empty(0)
-    return (
-        torch.cat(logits) if logits else empty,
-        (torch.cat(features) if features else empty) if with_features else None,
-    )
+    all_logits = torch.cat(logits) if logits else torch.empty(0)
+    if not with_features:
+        return all_logits, None
+    return all_logits, torch.cat(features) if features else torch.empty(0)

@@ -178,7 +178,7 @@ def gaps(metrics: dict[str, float], reference: dict[str, float]) -> dict[str, fl
 def per_sample_table(
     train: SampleOutputs, test: SampleOutputs, forget_mask: torch.Tensor
 ) -> pd.DataFrame:
-    """One row per training and test sample with its outputs and forget-set membership."""
+    """Build one row per training and test sample with its outputs and forget-set membership."""
     frames = []
     for outputs, in_forget in (
         (train, forget_mask),

@@ -165,7 +165,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig) 
 class StepOutput:
     """What a training step reports: the loss to minimise and accuracy counts for the progress bar.
 
-    `count` is the number of predictions `correct` was counted over (0: no accuracy reported);
+    `count` is the number of predictions `correct` was counted over, and 0 reports no accuracy.
     `images` is the number of images the step processed, for throughput (default: `count`).
     """
 
@@ -180,7 +180,7 @@ StepFn = Callable[[nn.Module, object], StepOutput]
 
 
 def cross_entropy_step(label_smoothing: float = 0.0) -> StepFn:
-    """The supervised step: cross-entropy of the model's logits against the batch labels."""
+    """Build the supervised step: cross-entropy of the model's logits against the batch labels."""
 
     def step(model: nn.Module, batch: Batch) -> StepOutput:
         logits = model(batch.x)

@@ -1,4 +1,4 @@
-"""Datasets megu knows by name: where to find them and which columns hold the labels."""
+"""Datasets that megu loads by name: where to find them and which columns contain the labels."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What to load: a catalog name, a local folder or a Hub id, and which labels to train on."""
+    """The dataset to load (a catalog name, a local folder or a Hub id) and the labels to train on."""
 
     source: str  # "cifar10", "/path/to/folder", "hub:owner/name" or "owner/name"
     label_column: str | None = None  # None: the catalog's choice, else "label"
@@ -68,7 +68,7 @@ class EncodedSplit:
 
 
 def data_dir() -> Path | None:
-    """Return the folder that holds local copies of catalog datasets (MEGU_DATA_DIR), if set."""
+    """Return the folder that contains local copies of catalog datasets (MEGU_DATA_DIR), if set."""
     value = os.environ.get("MEGU_DATA_DIR")
     return Path(value).expanduser() if value else None
 

@@ -45,7 +45,7 @@ class UnlearnBudget:
     seed: int = 0
 
     def train_config(self, **changes: Any) -> TrainConfig:
-        """The TrainConfig of a finetuning run with this budget (`changes` override fields)."""
+        """Build the TrainConfig of a finetuning run with this budget (`changes` override fields)."""
         values = dict(
             epochs=self.epochs,
             batch_size=self.retain_batch_size,
@@ -98,14 +98,14 @@ class UnlearnContext:
         return self.dataset.train.images[rows], self.dataset.train.labels[rows]
 
     def frozen_original(self) -> nn.Module:
-        """The original model in eval mode with gradients off (a teacher or reference)."""
+        """Return the original model in eval mode with gradients off (a teacher or reference)."""
         model = self.original.to(self.device).eval()
         for param in model.parameters():
             param.requires_grad_(False)
         return model
 
     def student(self) -> nn.Module:
-        """A trainable copy of the original model."""
+        """Return a trainable copy of the original model."""
         model = copy.deepcopy(self.original).to(self.device)
         for param in model.parameters():
             param.requires_grad_(True)

@@ -38,7 +38,7 @@ def build_noise(
     matrix = read_transition_matrix(transition_path)
     model, _ = load_checkpoint(checkpoint, "cpu")
 
-    # Prototypes come from R plus the forget set, since R holds no sample of a forgotten class.
+    # Prototypes come from R plus the forget set, since R contains no sample of a forgotten class.
     prototypes = class_prototypes(
         torch.cat([reference["features"], forget["features"]]),
         torch.cat([reference["labels"], forget["labels"]]),
