@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect.context import TaskRunContext
 
+from megu_core.methods import get_method
 from megu_core.pipeline.common import StageOutput
 from megu_core.stage_cache import Manifest, StageStore, megu_home, stage_key
 
@@ -64,6 +65,10 @@ def compute_stage_key(
     """megu's content key of one stage run."""
     config = {section: cfg[section] for section in CONFIG_SECTIONS[stage]}
     config["options"] = dict(options)
+    if stage == "unlearn":
+        version = get_method(cfg["method"]).cache_version
+        if version is not None:
+            config["method_version"] = version
     return stage_key(stage, CODE_VERSIONS[stage], config, input_digests(inputs))
 
 

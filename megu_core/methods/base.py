@@ -127,6 +127,9 @@ class UnlearningMethod:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = object  # a dataclass of hyperparameters with published defaults
+    # Set or bump when a change to the method's code or defaults changes the models it writes,
+    # so that cached unlearn stages of the old code are not reused; None keeps the first keys.
+    cache_version: ClassVar[str | None] = None
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()

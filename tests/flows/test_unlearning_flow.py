@@ -191,8 +191,11 @@ def test_existing_checkpoint_imported_as_original(first_run, pipeline_home, tmp_
     ]
 
     result = unlearning_flow(
-        dataset=str(data), forget="class:red_things", preset="tiny",
-        overrides=tiny_overrides(), original=str(trained[0]),
+        dataset=str(data),
+        forget="class:red_things",
+        preset="tiny",
+        overrides=tiny_overrides(),
+        original=str(trained[0]),
     )
 
     statuses = _statuses(result)
@@ -204,4 +207,7 @@ def test_existing_checkpoint_imported_as_original(first_run, pipeline_home, tmp_
         if "imported_from" in manifest.read_text()
     )
     assert read_checkpoint_config(imported)["imported_from"] == str(trained[0])
-    assert result["metrics"]["original"]["retain_accuracy"] == first_run["metrics"]["original"]["retain_accuracy"]
+    assert (
+        result["metrics"]["original"]["retain_accuracy"]
+        == first_run["metrics"]["original"]["retain_accuracy"]
+    )

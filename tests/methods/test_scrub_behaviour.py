@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from megu_core.errors import ConfigError
 from megu_core.inference import predict
+from megu_core.methods import get_method
 from megu_core.methods.scrub import MAX, MIN, ScrubParams, ScrubSchedule, TaggedBatch, scrub_step
 from megu_core.methods.shared import distillation_kl
 from megu_core.training import TensorBatches, TrainConfig, train_loop
@@ -59,3 +62,20 @@ def test_schedule_puts_max_passes_first_in_early_epochs(make_context):
     epoch = [MAX] * len(forget) + [MIN] * len(retain)
     assert kinds == epoch + epoch + [MIN] * len(retain)
     assert len(ScrubSchedule(forget, retain, 3, 2)) == len(kinds)
+
+
+def test_max_steps_use_scrub_forget_batches(make_context):
+    ctx = make_context()  # 48 forget images; 144 retain images in 4 batches of 32
+
+    default = get_method("scrub")().unlearn(ctx)
+    small = get_method("scrub").from_config({"forget_batch_size": 8}).unlearn(make_context())
+
+    # 3 min passes of 4 steps, plus 2 max passes: 1 step of all 48 images (512 is capped),
+    # or 6 steps of 8.
+    assert default.train.steps == 3 * 4 + 2 * 1
+    assert small.train.steps == 3 * 4 + 2 * 6
+
+
+def test_scrub_rejects_an_empty_forget_batch():
+    with pytest.raises(ConfigError, match="method.scrub.forget_batch_size"):
+        get_method("scrub").from_config({"forget_batch_size": 0})
