@@ -212,11 +212,11 @@ def _rows(
         if refs[stage] is not None:
             outcome(refs[stage])
 
-    def row(method: str, evaluation, seconds, error=None, status=None) -> dict:
+    def row(method: str, evaluation, seconds, error=None, status=None, changed=None) -> dict:
         metrics = None if evaluation is None else evaluation["summary"]["metrics"]
         status = status or ("ok" if metrics is not None else "failed")
         return result_row(
-            cell, method, metrics, seconds, retrain_seconds, num_forget, status, error
+            cell, method, metrics, seconds, retrain_seconds, num_forget, status, error, changed
         )
 
     rows = [row("retrain", retrain_eval, retrain_seconds, retrain_error)]
@@ -233,7 +233,9 @@ def _rows(
         if error is None:
             evaluation, error = outcome(evaluation_future)
         seconds = None if unlearned is None else unlearned["summary"]["seconds"]
-        rows.append(row(method, evaluation, seconds, error))
+        # Unlearn stages cached before the field existed have no changed_fraction.
+        changed = None if unlearned is None else unlearned["summary"].get("changed_fraction")
+        rows.append(row(method, evaluation, seconds, error, changed=changed))
 
     for method, reason in cell.skipped.items():
         rows.append(row(method, None, None, reason, status="skipped"))

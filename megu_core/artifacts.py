@@ -191,6 +191,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             _optional("seconds", pa.float64()),  # the unlearning step alone, or the training run
             _optional("retrain_seconds", pa.float64()),  # the gold retrain of the same seed
             _optional("time_ratio", pa.float64()),  # seconds / retrain_seconds
+            _optional("changed_fraction", pa.float64()),  # parameter entries unlearning changed
             _required("preset", pa.string()),
             _required("base_width", pa.int64()),
         ]

@@ -61,8 +61,12 @@ def result_row(
     num_forget: int | None,
     status: str = "ok",
     error: str | None = None,
+    changed_fraction: float | None = None,
 ) -> dict[str, Any]:
-    """Build one results row: identity columns, metrics (null when absent), time and its ratio to the retrain."""
+    """Build one results row: identity columns, metrics (null when absent), time and its ratio to the retrain.
+
+    `changed_fraction` is the share of the original's parameter entries that the method changed.
+    """
     metrics = dict(metrics or {})
     if method == "retrain" and metrics:
         metrics.update({name: 0.0 for name in (*GAP_METRICS, "avg_gap")})  # the reference itself
@@ -83,6 +87,7 @@ def result_row(
         "seconds": seconds,
         "retrain_seconds": retrain_seconds,
         "time_ratio": ratio,
+        "changed_fraction": changed_fraction,
         "preset": cell.base["preset"],
         "base_width": cell.base["model"]["base_width"],
     }
@@ -93,7 +98,7 @@ def results_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Build the results table in its declared column order, with NaN for missing numbers."""
     columns = schema_for("benchmark_results").names
     frame = pd.DataFrame(list(rows), columns=columns)
-    numeric = [*METRICS, *GAP_METRICS, "avg_gap", *TIME_METRICS]
+    numeric = [*METRICS, *GAP_METRICS, "avg_gap", *TIME_METRICS, "changed_fraction"]
     frame[numeric] = frame[numeric].astype("float64")
     frame["num_forget"] = frame["num_forget"].astype("Int64")
     frame["seed"] = frame["seed"].astype("int64")
@@ -196,6 +201,14 @@ def scenario_markdown(results: pd.DataFrame, summary: pd.DataFrame, scenario: st
         position = [name for name, _ in ranked]
         if "megu" in position:
             lines.append(f"MeGU ranks {position.index('megu') + 1} of {len(position)}.")
+
+    unchanged = runs[(runs["status"] == "ok") & (runs["changed_fraction"] == 0.0)]
+    if len(unchanged):
+        names = ", ".join(dict.fromkeys(unchanged["method"]))
+        lines += [
+            "",
+            f"Changed no weight of the original model, so their rows repeat the original's: {names}.",
+        ]
 
     problems = runs[runs["status"] != "ok"]
     if len(problems):

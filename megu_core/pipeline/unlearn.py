@@ -53,6 +53,15 @@ def unlearn(
     result = method.unlearn(ctx)
     log.info("%s unlearned %d samples in %.1f s", cfg.method, len(request), result.seconds)
 
+    changed = changed_fraction(original, result.model)
+    if changed == 0.0:
+        log.warning(
+            "%s changed no weight of the original model, so the unlearned model equals the "
+            "original; check the method's log and hyperparameters (method.%s.*)",
+            cfg.method,
+            cfg.method,
+        )
+
     spec = ModelSpec(**document["model"])
     metadata = {
         "config": cfg.to_dict(),
@@ -70,9 +79,26 @@ def unlearn(
         "seconds": result.seconds,
         "final_loss": None if result.train is None else result.train.final_loss,
         "history": [] if result.train is None else result.train.history,
+        "changed_fraction": changed,
+        "details": {
+            key: value
+            for key, value in result.details.items()
+            if isinstance(value, (bool, int, float, str))
+        },
     }
     files = {
         "weights": out_dir / "checkpoint" / "model.safetensors",
         "checkpoint_config": out_dir / "checkpoint" / "config.json",
     }
     return StageOutput(files, summary)
+
+
+@torch.no_grad()
+def changed_fraction(original: torch.nn.Module, unlearned: torch.nn.Module) -> float:
+    """Fraction of the original's parameter entries that unlearning changed (0.0: none)."""
+    after = dict(unlearned.named_parameters())
+    changed = total = 0
+    for name, before in original.named_parameters():
+        changed += int((after[name].detach().to(before.device) != before).sum())
+        total += before.numel()
+    return changed / total if total else 0.0

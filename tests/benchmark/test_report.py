@@ -54,8 +54,24 @@ def rows(cells):
     rows += [
         result_row(cat, "retrain", _metrics(0, 93, 80, 0.2, 100), 800.0, 800.0, 5000),
         result_row(cat, "original", _metrics(80, 91, 86, 0.3, 60, 20.0), None, 800.0, 5000),
-        result_row(cat, "megu", _metrics(0, 92.8, 79, 0.06, 100, 0.5), 32.0, 800.0, 5000),
-        result_row(cat, "ssd", _metrics(0, 90, 77, 0.12, 100, 1.5), 40.0, 800.0, 5000),
+        result_row(
+            cat,
+            "megu",
+            _metrics(0, 92.8, 79, 0.06, 100, 0.5),
+            32.0,
+            800.0,
+            5000,
+            changed_fraction=0.6,
+        ),
+        result_row(
+            cat,
+            "ssd",
+            _metrics(0, 90, 77, 0.12, 100, 1.5),
+            40.0,
+            800.0,
+            5000,
+            changed_fraction=0.0,
+        ),
         result_row(cat, "unsir", _metrics(5, 88, 75, 0.1, 99, 2.5), 20.0, 800.0, 5000),
     ]
     return rows
@@ -104,12 +120,21 @@ def test_report_has_tables_ranking_and_published_figures(rows):
     assert "| less time than retraining (%) | over 59.0 | 96.0 |" in report
 
 
+def test_report_names_methods_that_changed_nothing(rows):
+    results = results_frame(rows)
+    report = markdown_report(results, summary_frame(results), "test")
+
+    assert "rows repeat the original's: ssd." in report
+    assert report.count("Changed no weight") == 1  # salun's rows carry no fraction
+
+
 def test_outputs_are_written_with_schemas(rows, tmp_path):
     paths = write_outputs(rows, tmp_path / "out", "test")
 
     results = read_frame(paths["results"], "benchmark_results")
     summary = read_frame(paths["summary"], "benchmark_summary")
     assert len(results) == len(rows)
+    assert results.loc[results["method"] == "ssd", "changed_fraction"].tolist() == [0.0]
     assert set(summary["scenario"]) == {"c10-random", "c10-class"}
     for name in ("gap_plot", "forget_retain_plot"):
         assert paths[name].read_bytes()[:4] == b"\x89PNG", name

@@ -125,6 +125,16 @@ def test_failed_method_keeps_its_row(sequential):
     assert "gradient_ascent (failed): FloatingPointError" in report
 
 
+def test_changed_fraction_flags_unchanged_models(sequential):
+    results = _results(sequential).set_index(["scenario", "method"])
+    report = Path(sequential["files"]["report"]).read_text()
+
+    # The tiny forget class fills 1 of SSD's 4 importance batches, so alpha 10 selects nothing.
+    assert results.loc[("tiny-class", "ssd"), "changed_fraction"] == 0.0
+    assert results.loc[("tiny-class", "megu"), "changed_fraction"] > 0.0
+    assert "rows repeat the original's: ssd" in report
+
+
 def test_other_runs_succeed(sequential):
     results = _results(sequential)
     others = results[~results["method"].isin(["gradient_ascent"])]
