@@ -42,6 +42,31 @@ def gap_plot(summary: pd.DataFrame, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def label_groups(
+    points: dict[str, tuple[float, float]], tolerance: float = 0.03
+) -> list[list[str]]:
+    """Group methods whose points lie within `tolerance` of each axis's span, so one label names them all.
+
+    Without grouping, methods with nearly the same accuracies print their names on top of each
+    other (on a CIFAR-10 class, the original and an SSD that changed nothing share one point).
+    """
+    xs = [x for x, _ in points.values()]
+    ys = [y for _, y in points.values()]
+    x_span = max(max(xs) - min(xs), 1e-9)
+    y_span = max(max(ys) - min(ys), 1e-9)
+
+    groups: list[list[str]] = []
+    for method, (x, y) in points.items():
+        for group in groups:
+            first_x, first_y = points[group[0]]
+            if abs(x - first_x) <= tolerance * x_span and abs(y - first_y) <= tolerance * y_span:
+                group.append(method)
+                break
+        else:
+            groups.append([method])
+    return groups
+
+
 def forget_retain_plot(summary: pd.DataFrame, path: Path) -> Path:
     """Plot each method at (mean forget accuracy, mean retain accuracy), with the gold retrain as a star."""
     scenarios = list(dict.fromkeys(summary["scenario"]))
@@ -49,14 +74,27 @@ def forget_retain_plot(summary: pd.DataFrame, path: Path) -> Path:
     for ax, scenario in zip(axes, scenarios, strict=True):
         forget = _metric(summary, scenario, "forget_accuracy")
         retain = _metric(summary, scenario, "retain_accuracy")
+        points = {}
         for method in forget.index:
             x, y = forget.loc[method, "mean"], retain.loc[method, "mean"]
-            if np.isnan(x) or np.isnan(y):
-                continue
+            if not (np.isnan(x) or np.isnan(y)):
+                points[method] = (float(x), float(y))
+
+        palette = plt.get_cmap("tab20")  # 20 distinct colours: the default 10 repeat in a full grid
+        for index, (method, (x, y)) in enumerate(points.items()):
             marker = "*" if method == "retrain" else "o"
             size = 160 if method in ("retrain", "megu") else 40
-            ax.scatter(x, y, marker=marker, s=size, label=method)
-            ax.annotate(method, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter(x, y, marker=marker, s=size, label=method, color=palette(index % 20))
+        if points:
+            for group in label_groups(points):
+                ax.annotate(
+                    ", ".join(group),
+                    points[group[0]],
+                    fontsize=7,
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                )
+
         ax.set_xlabel("forget accuracy (%)")
         ax.set_ylabel("retain accuracy (%)")
         ax.set_title(scenario)

@@ -8,6 +8,7 @@ import pytest
 
 from megu_core.artifacts import read_frame
 from megu_core.benchmark import plan_benchmark
+from megu_core.benchmark.plots import label_groups
 from megu_core.benchmark.report import (
     markdown_report,
     ranking,
@@ -139,3 +140,16 @@ def test_outputs_are_written_with_schemas(rows, tmp_path):
     for name in ("gap_plot", "forget_retain_plot"):
         assert paths[name].read_bytes()[:4] == b"\x89PNG", name
     assert paths["report"].read_text().startswith("# test")
+
+
+def test_label_groups_join_methods_at_one_point():
+    points = {
+        "original": (77.4, 91.4),
+        "ssd": (77.4, 91.4),
+        "megu": (0.0, 92.2),
+        "scrub": (32.0, 92.6),
+    }
+
+    groups = label_groups(points)
+
+    assert groups == [["original", "ssd"], ["megu"], ["scrub"]]
