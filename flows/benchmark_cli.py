@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
+from megu_core.benchmark.plan import plan_benchmark
 from megu_core.benchmark.scenarios import KINDS, SCENARIOS
 from megu_core.config import parse_override
 from megu_core.devices import resolve_device
@@ -102,16 +103,20 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_override(text) for text in args.overrides)
     overrides["device"] = args.device
-    scenarios, seeds = grid_defaults(resolve_device(args.device).type == "cuda")
-    result = benchmark_flow(
-        scenarios=benchmark_scenarios(args, scenarios),
+    default_scenarios, default_seeds = grid_defaults(resolve_device(args.device).type == "cuda")
+    grid = dict(
+        scenarios=benchmark_scenarios(args, default_scenarios),
         targets=args.targets,
         methods=args.methods,
-        seeds=args.seeds or seeds,
+        seeds=args.seeds or default_seeds,
         preset=args.preset,
-        runner=args.runner,
         overrides=overrides,
     )
+
+    # Resolve every configuration of the grid first, so a bad setting is reported in one line
+    # before Prefect starts a flow run for it.
+    plan_benchmark(**grid)
+    result = benchmark_flow(**grid, runner=args.runner)
     print(result["report"])
     print(f"outputs in {result['out_dir']}; MLflow run {result['mlflow_run_id']}")
     return 0

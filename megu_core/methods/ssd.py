@@ -54,6 +54,13 @@ class SsdParams:
                 f"method.ssd.dampening and selection must be positive, got {self.dampening} "
                 f"and {self.selection}"
             )
+        if self.batch_size < 1:
+            raise ConfigError(f"method.ssd.batch_size must be at least 1, got {self.batch_size}")
+        if self.retain_subset < 0:
+            raise ConfigError(
+                f"method.ssd.retain_subset must be 0 (the whole retain set) or a positive "
+                f"image count, got {self.retain_subset}"
+            )
 
 
 def importance(

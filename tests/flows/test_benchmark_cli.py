@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flows.benchmark_cli import benchmark_scenarios, grid_defaults
-from flows.cli import build_parser
+from flows.cli import build_parser, main
 from megu_core.errors import ConfigError
 
 
@@ -61,3 +61,21 @@ def test_dataset_without_kind_is_rejected(tmp_path):
 def test_unknown_runner_is_rejected():
     with pytest.raises(SystemExit):
         _args("--runner", "ray")
+
+
+def test_bad_method_setting_fails_before_the_flow(monkeypatch):
+    import flows.benchmark
+    import flows.cli
+
+    def no_flow(**_):
+        raise AssertionError("the flow must not start on a bad setting")
+
+    errors = []
+    monkeypatch.setattr(flows.benchmark, "benchmark_flow", no_flow)
+    monkeypatch.setattr(flows.cli.log, "error", lambda text, *args: errors.append(text % args))
+
+    code = main(["benchmark", "--methods", "ssd", "--set", "ssd.selection=0", "--device", "cpu"])
+
+    assert code == 2
+    assert len(errors) == 1
+    assert "method.ssd.dampening and selection must be positive" in errors[0]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 import logging
 
+import pytest
 import torch
+
+from megu_core.errors import ConfigError
 
 from megu_core.methods import get_method
 from megu_core.methods.ssd import (
@@ -139,3 +142,16 @@ def test_ssd_method_edits_only_selected_weights(make_context):
         changed = after[name].detach() != original.detach()
         assert not bool((changed & ~selected).any()), name
     assert result.details["dampened_parameters"] > 0
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"batch_size": 0}, "method.ssd.batch_size"),
+        ({"batch_size": -5}, "method.ssd.batch_size"),
+        ({"retain_subset": -1}, "method.ssd.retain_subset"),
+    ],
+)
+def test_invalid_ssd_sizes_are_rejected(values, key):
+    with pytest.raises(ConfigError, match=key):
+        get_method("ssd").from_config(values)
