@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from megu_core.errors import ConfigError
-
 from megu_core.methods import get_method
 from megu_core.methods.ssd import (
     SsdParams,
