@@ -202,13 +202,9 @@ def scenario_markdown(results: pd.DataFrame, summary: pd.DataFrame, scenario: st
         if "megu" in position:
             lines.append(f"MeGU ranks {position.index('megu') + 1} of {len(position)}.")
 
-    unchanged = runs[(runs["status"] == "ok") & (runs["changed_fraction"] == 0.0)]
-    if len(unchanged):
-        names = ", ".join(dict.fromkeys(unchanged["method"]))
-        lines += [
-            "",
-            f"Changed no weight of the original model, so their rows repeat the original's: {names}.",
-        ]
+    unchanged = _unchanged_runs(runs)
+    if unchanged:
+        lines += ["", f"Changed no weight of the original model: {', '.join(unchanged)}."]
 
     problems = runs[runs["status"] != "ok"]
     if len(problems):
@@ -216,6 +212,19 @@ def scenario_markdown(results: pd.DataFrame, summary: pd.DataFrame, scenario: st
         for _, row in problems.drop_duplicates(["method", "status", "error"]).iterrows():
             lines.append(f"- {row['method']} ({row['status']}): {row['error']}")
     return "\n".join(lines)
+
+
+def _unchanged_runs(runs: pd.DataFrame) -> list[str]:
+    """Name the methods whose every run changed no weight, or the target and seed of each such run."""
+    ok = runs[runs["status"] == "ok"]
+    entries = []
+    for method, part in ok.groupby("method", sort=False):
+        same = part[part["changed_fraction"] == 0.0]
+        if len(same) == len(part):
+            entries.append(f"{method} (every run, so its row repeats the original's)")
+        else:
+            entries += [f"{method} (target {r.target}, seed {r.seed})" for r in same.itertuples()]
+    return entries
 
 
 def _mean(

@@ -144,8 +144,8 @@ class Ssd(UnlearningMethod):
         if params.selection >= bound:
             log.warning(
                 "SSD selection (alpha) %.3g cannot select any parameter: the forget set fills "
-                "%d of the %d batches of I_D, so alpha must be below %.3g; set "
-                "method.ssd.selection lower to dampen anything",
+                "%d of the %d batches of I_D, so alpha must be below %.3g; lower SSD's "
+                "selection setting (megu benchmark: --set ssd.selection=VALUE)",
                 params.selection,
                 forget_batches,
                 forget_batches + retain_batches,

@@ -57,8 +57,7 @@ def unlearn(
     if changed == 0.0:
         log.warning(
             "%s changed no weight of the original model, so the unlearned model equals the "
-            "original; check the method's log and hyperparameters (method.%s.*)",
-            cfg.method,
+            "original; check the method's warnings above and its hyperparameters",
             cfg.method,
         )
 

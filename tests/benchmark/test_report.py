@@ -43,11 +43,20 @@ def cells():
 def rows(cells):
     random0, random1, cat = cells
     rows = []
-    for cell, salun_gap in ((random0, 1.0), (random1, 2.0)):
+    # SalUn changed weights with seed 0 and none with seed 1.
+    for cell, salun_gap, salun_changed in ((random0, 1.0, 0.5), (random1, 2.0, 0.0)):
         rows += [
             result_row(cell, "retrain", _metrics(95, 100, 94, 0.5, 12), 100.0, 100.0, 5000),
             result_row(cell, "original", _metrics(100, 100, 95, 0.9, 1, 10.0), None, 100.0, 5000),
-            result_row(cell, "salun", _metrics(97, 99, 93, 0.6, 14, salun_gap), 10.0, 100.0, 5000),
+            result_row(
+                cell,
+                "salun",
+                _metrics(97, 99, 93, 0.6, 14, salun_gap),
+                10.0,
+                100.0,
+                5000,
+                changed_fraction=salun_changed,
+            ),
             result_row(
                 cell, "finetune", None, None, 100.0, 5000, "failed", "FloatingPointError: nan"
             ),
@@ -125,8 +134,9 @@ def test_report_names_methods_that_changed_nothing(rows):
     results = results_frame(rows)
     report = markdown_report(results, summary_frame(results), "test")
 
-    assert "rows repeat the original's: ssd." in report
-    assert report.count("Changed no weight") == 1  # salun's rows carry no fraction
+    assert "Changed no weight of the original model: ssd (every run" in report
+    assert "Changed no weight of the original model: salun (target 10%, seed 1)." in report
+    assert report.count("Changed no weight") == 2
 
 
 def test_outputs_are_written_with_schemas(rows, tmp_path):
@@ -136,6 +146,7 @@ def test_outputs_are_written_with_schemas(rows, tmp_path):
     summary = read_frame(paths["summary"], "benchmark_summary")
     assert len(results) == len(rows)
     assert results.loc[results["method"] == "ssd", "changed_fraction"].tolist() == [0.0]
+    assert results.loc[results["method"] == "salun", "changed_fraction"].tolist() == [0.5, 0.0]
     assert set(summary["scenario"]) == {"c10-random", "c10-class"}
     for name in ("gap_plot", "forget_retain_plot"):
         assert paths[name].read_bytes()[:4] == b"\x89PNG", name

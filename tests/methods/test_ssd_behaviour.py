@@ -123,7 +123,7 @@ def test_published_alpha_on_a_large_forget_set_warns_and_changes_nothing(make_co
     assert result.details["dampened_parameters"] == 0
     assert result.details["selection_bound"] == 4.0
     assert "alpha must be below 4" in caplog.text
-    assert "method.ssd.selection" in caplog.text
+    assert "--set ssd.selection=VALUE" in caplog.text
     for name, value in result.model.state_dict().items():
         assert torch.equal(value, ctx.original.state_dict()[name]), name
 
