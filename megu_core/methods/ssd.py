@@ -14,7 +14,7 @@ model that predicts one class.
 
 NOTE: since I_D then contains the forget batches, I_f > alpha * I_D is impossible once alpha
 times the forget set's share of the batches reaches 1 (10% of the data with alpha 10). SSD
-then changes nothing and logs a warning; lower `selection` below the bound it names.
+then changes nothing and logs a warning that names the bound to go below.
 """
 
 from __future__ import annotations
@@ -144,12 +144,18 @@ class Ssd(UnlearningMethod):
         if params.selection >= bound:
             log.warning(
                 "SSD selection (alpha) %.3g cannot select any parameter: the forget set fills "
-                "%d of the %d batches of I_D, so alpha must be below %.3g; lower SSD's "
+                "%d of the %d batches of I_D, so alpha must be below %.3g. Lower SSD's "
                 "selection setting (megu benchmark: --set ssd.selection=VALUE)",
                 params.selection,
                 forget_batches,
                 forget_batches + retain_batches,
                 bound,
+            )
+            # Skipping the importances saves a pass over the training set. It also keeps the
+            # model unchanged at alpha equal to the bound, where rounding could select a weight.
+            total = sum(param.numel() for param in model.parameters())
+            return timed_result(
+                model, started, dampened_parameters=0, parameters=total, selection_bound=bound
             )
 
         forget_importance = importance(model, forget_data, params.batch_size, ctx.device)

@@ -15,7 +15,7 @@ def _key(cfg=CFG):
     return compute_stage_key("unlearn", cfg, {}, {})
 
 
-def test_unversioned_method_keeps_the_key_it_had_before_versions():
+def test_unversioned_method_keeps_old_key():
     config = {"method": "finetune", "method_params": {}, "budget": {"epochs": 1.0}, "options": {}}
 
     assert get_method("finetune").cache_version is None

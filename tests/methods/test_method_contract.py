@@ -28,8 +28,8 @@ EXPECTED_METHODS = {
 }
 
 
-# The tiny forget class fills 1 of SSD's 4 importance batches, so the published alpha of 10
-# cannot select a weight here (alpha must stay below 4); the contract runs SSD with alpha 2.
+# The tiny forget class fills 1 of SSD's 4 importance batches, so alpha must stay below 4.
+# The published alpha of 10 selects nothing here, so the contract runs SSD with alpha 2.
 CONTRACT_PARAMS = {"ssd": {"selection": 2.0}}
 
 

@@ -105,7 +105,7 @@ def test_dampening_never_grows_a_weight(make_context):
         assert bool((param.abs() <= before[name].abs()).all()), name
 
 
-def test_forget_importance_never_exceeds_the_bound_times_full_importance(make_context):
+def test_forget_importance_within_bound(make_context):
     ctx = make_context()
     forget, full = _importances(ctx)
 
@@ -114,7 +114,7 @@ def test_forget_importance_never_exceeds_the_bound_times_full_importance(make_co
         assert bool((value <= bound * full[name] + 1e-12).all()), name
 
 
-def test_published_alpha_on_a_large_forget_set_warns_and_changes_nothing(make_context, caplog):
+def test_published_alpha_warns_keeps_weights(make_context, caplog):
     ctx = make_context()
 
     with caplog.at_level(logging.WARNING, logger="megu_core.methods.ssd"):
